@@ -167,6 +167,10 @@ class LoomModel(nn.Module):
         target_BL = target_BL.masked_fill(~scored_BL, -100)
         return F.cross_entropy(logits_BLV.flatten(0, 1), target_BL.flatten(), ignore_index=-100)
 
+    def loss(self, ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss (`training.train` calls it): here `next_token_loss`."""
+        return self.next_token_loss(ids_BL, attention_mask_BL)
+
     # -- checkpoints --------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,11 @@ LoomModel backbone: one forward pass per scale, every token of a scale sampled a
     loss = next_scale_loss(model, ids, labels_B, tokenizer)           # ids: [(B, s*s)] per scale
     out = generate_next_scale(model, tokenizer, labels_B, Sampler([TopK(600)]), CFG(2.5, schedule="linear"))
     out.ids, out.ids_BL, out.f_hat_BChw, out.forward_passes            # forward_passes == len(scales)
+    model.save_pretrained("ckpt"); NextScaleModel.from_pretrained("ckpt", tokenizer=tokenizer)
+
+``model.loss(ids_BL, mask_BL)`` reads packed rows (``<bos> <begin:label> y <end:label> <begin:image> codes...``,
+the label NULL where condition dropout hit), so `training.train` trains a next-scale model over the same token
+shards as a next-token one; it needs the tokenizer attached (``from_tokenizer`` or ``attach_tokenizer``).
 
 The sequence is L = sum(s*s) tokens, small scale first. Scale 0's inputs are the condition's start token
 (the shared embedding of its label id, NULL for the unconditional rows) repeated s_0**2 times; scale k > 0's
@@ -23,6 +28,8 @@ scale to ``scale`` at the last (VAR's ``cfg=c`` is our ``CFG(1 + c, schedule="li
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +41,10 @@ from einops import rearrange, repeat
 from torch import nn
 
 from tokenloom.generators.layout import VocabularyLayout
-from tokenloom.generators.model import LoomModel
+from tokenloom.generators.model import CONFIG_NAME, WEIGHTS_NAME, LoomModel
 from tokenloom.generators.sampling import CFG, Greedy, Sampler
+
+MODEL_FORMAT = "tokenloom/next-scale-model"
 
 
 def scale_levels(scales: Sequence[int]) -> torch.Tensor:
@@ -108,7 +117,76 @@ class NextScaleModel(nn.Module):
         size = loom.layout.modalities[loom.layout.index(options.get("modality", "image"))].size
         if size != quantizer.codebook_size:
             raise ValueError(f"the layout's image range holds {size} codes, the tokenizer {quantizer.codebook_size}")
-        return cls(loom, quantizer.scales, quantizer.dim, **options)
+        model = cls(loom, quantizer.scales, quantizer.dim, **options)
+        return model.attach_tokenizer(tokenizer)
+
+    def attach_tokenizer(self, tokenizer: Any) -> NextScaleModel:
+        """Keep the (frozen) multi-scale tokenizer for `loss`; it is not a submodule: not saved, not trained."""
+        quantizer = _quantizer(tokenizer)
+        if list(quantizer.scales) != self.scales:
+            raise ValueError(f"the tokenizer's scales {list(quantizer.scales)} differ from the model's {self.scales}")
+        self.__dict__["tokenizer"] = tokenizer
+        return self
+
+    def loss(self, ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor | None = None) -> torch.Tensor:
+        """`next_scale_loss` over packed rows (the image codes of each row, its label or NULL)."""
+        tokenizer = self.__dict__.get("tokenizer")
+        if tokenizer is None:
+            raise RuntimeError("NextScaleModel.loss needs its tokenizer: call model.attach_tokenizer(tokenizer)")
+        modality_BL = torch.from_numpy(self.layout.modality_of_id).to(ids_BL.device)[ids_BL]
+        image_BL = modality_BL == self.modality_index
+        length = self.begin_ends[-1][1]
+        if not (image_BL.sum(1) == length).all():
+            raise ValueError(f"every row needs one {self.modality!r} segment of {length} codes for scales {self.scales}")
+        lo = self.layout.range(self.modality)[0]
+        codes_BL = ids_BL[image_BL].view(-1, length) - lo
+        label_BL = modality_BL == self.layout.index(self.condition)
+        has_label_B = label_BL.any(1)
+        first_B = label_BL.float().argmax(1)
+        labels_B = ids_BL.gather(1, first_B[:, None])[:, 0] - self.layout.range(self.condition)[0]
+        labels_B = labels_B.masked_fill(~has_label_B, -1)  # a NULL (dropped) condition
+        return next_scale_loss(self, codes_BL.split([s * s for s in self.scales], dim=1), labels_B, tokenizer)
+
+    # -- checkpoints: config.json + model.safetensors, the LoomModel's config inside ---------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format": MODEL_FORMAT,
+            "loom": self.loom.config_dict(),
+            "scales": self.scales,
+            "feature_dim": self.word_embed.in_features,
+            "modality": self.modality,
+            "condition": self.condition,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+            json.dump(self.config_dict(), f, indent=2, sort_keys=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(directory, WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, tokenizer: Any = None) -> NextScaleModel:
+        """Rebuild from a `save_pretrained` folder; ``tokenizer`` (optional) is attached for `loss`."""
+        from safetensors.torch import load_file
+
+        config_path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{config_path} not found: is {directory!r} a NextScaleModel.save_pretrained folder?")
+        with open(config_path) as f:
+            config = json.load(f)
+        if config.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{config_path} has format={config.get('format')!r}, not {MODEL_FORMAT!r}")
+        loom_config = config["loom"]
+        loom = LoomModel(VocabularyLayout.from_dict(loom_config["layout"]), loom_config["backbone"],
+                         shared_head=loom_config["shared_head"], attn_implementation=loom_config["attn_implementation"])
+        model = cls(loom, config["scales"], config["feature_dim"], modality=config["modality"], condition=config["condition"])
+        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)), strict=True)
+        if tokenizer is not None:
+            model.attach_tokenizer(tokenizer)
+        return model.eval()
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,5 @@
-"""Next-token training of a `LoomModel` over packed token shards, in one process or on Ray Train workers.
+"""Training of a `LoomModel` (next-token) or a `NextScaleModel` (next-scale) over packed token shards, in one
+process or on Ray Train workers: ``train`` calls ``model.loss(ids_BL, mask_BL)``.
 
     dataset = TokenShards("out/tokens", layout, label_column="label", token_column="image_tokens",
                           condition_dropout=0.1)              # or ids_column="ids" for packed rows
@@ -29,9 +30,9 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,11 @@ import torch.distributed as dist
 
 from tokenloom.generators.layout import VocabularyLayout
 from tokenloom.generators.model import LoomModel
+
+if TYPE_CHECKING:
+    from tokenloom.generators.next_scale import NextScaleModel
+
+    Trainable = LoomModel | NextScaleModel  # anything with loss(ids_BL, mask_BL), save_pretrained, from_pretrained
 from tokenloom.tokenizers.train import _all_reduce, _broadcast_from_rank0, _distributed
 
 logger = logging.getLogger(__name__)
@@ -160,7 +166,7 @@ def cosine_lr(step: int, steps: int, learning_rate: float, warmup_steps: int, mi
 
 
 def train(
-    model: LoomModel,
+    model: Trainable,
     dataset: TokenShards,
     steps: int,
     batch_size: int = 32,
@@ -174,10 +180,12 @@ def train(
     checkpoint_every: int = 0,
     log_every: int = 100,
     stop_after: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place for ``steps`` optimizer steps in total (AdamW, cosine schedule over ``steps``).
 
     stop_after: end this call after that many steps (a preemptible job's slice); a later call resumes.
+    on_step: called with (step, loss) after every step (a progress bar).
 
     With ``checkpoint_dir``: resumes from it when it holds a checkpoint, saves every ``checkpoint_every`` steps
     and at the end. When ``torch.distributed`` is initialised, gradients are averaged over the ranks and only
@@ -211,6 +219,8 @@ def train(
             loss = _step(model, optimizer, ids_BL.to(device), mask_BL.to(device), grad_clip,
                          cosine_lr(state["step"], steps, learning_rate, warmup_steps, min_lr_ratio))  # fmt: skip
             losses.append(loss)
+            if on_step is not None:
+                on_step(state["step"] + 1, loss)
             state.update(step=state["step"] + 1, batches_in_epoch=state["batches_in_epoch"] + 1, losses=losses)
             if log_every and state["step"] % log_every == 0:
                 logger.info("train step %d/%d: loss %.4f", state["step"], steps, float(np.mean(losses[-log_every:])))
@@ -226,11 +236,11 @@ def train(
     return {"losses": losses, "steps": state["step"], "start_step": start_step, "seconds": time.perf_counter() - started}
 
 
-def _step(model: LoomModel, optimizer: torch.optim.Optimizer, ids_BL: torch.Tensor, mask_BL: torch.Tensor,
+def _step(model: Trainable, optimizer: torch.optim.Optimizer, ids_BL: torch.Tensor, mask_BL: torch.Tensor,
           grad_clip: float | None, lr: float) -> float:  # fmt: skip
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = model.next_token_loss(ids_BL, mask_BL)
+    loss = model.loss(ids_BL, mask_BL)
     optimizer.zero_grad(set_to_none=False)
     loss.backward()
     if _distributed():  # data parallel by hand: one all-reduce of every gradient, averaged
@@ -248,7 +258,7 @@ def _step(model: LoomModel, optimizer: torch.optim.Optimizer, ids_BL: torch.Tens
 
 
 # -- checkpoints: safetensors + JSON, never pickle ---------------------------------------------------------
-def save_checkpoint(directory: str, model: LoomModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(directory: str, model: Trainable, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Writes a new folder beside ``directory`` and swaps it in, so a crash never leaves half a checkpoint."""
     from safetensors.torch import save_file
 
@@ -269,13 +279,13 @@ def save_checkpoint(directory: str, model: LoomModel, optimizer: torch.optim.Opt
     os.replace(staging, directory)
 
 
-def load_checkpoint(directory: str, model: LoomModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(directory: str, model: Trainable, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Loads the weights and AdamW's state into ``model`` and ``optimizer``; returns the trainer state."""
     from safetensors.torch import load_file
 
     with open(os.path.join(directory, STATE_NAME)) as f:
         state = json.load(f)
-    loaded = LoomModel.from_pretrained(os.path.join(directory, "model"))
+    loaded = type(model).from_pretrained(os.path.join(directory, "model"))
     model.load_state_dict(loaded.state_dict(), strict=True)
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(os.path.join(directory, OPTIMIZER_NAME)).items():
@@ -287,7 +297,7 @@ def load_checkpoint(directory: str, model: LoomModel, optimizer: torch.optim.Opt
 
 # -- Ray Train ------------------------------------------------------------------------------------------
 def train_distributed(
-    model: LoomModel, dataset: TokenShards, steps: int, num_workers: int = 2, use_gpu: bool = False, **options: Any
+    model: Trainable, dataset: TokenShards, steps: int, num_workers: int = 2, use_gpu: bool = False, **options: Any
 ) -> dict[str, Any]:
     """``train`` on ``num_workers`` Ray Train workers (TorchTrainer; gloo on CPU): each rank reads its rows of
     ``dataset`` (whose files every worker must reach), gradients are averaged, ``batch_size`` is per worker.
@@ -302,9 +312,8 @@ def train_distributed(
     started = time.perf_counter()
     ensure_ray()
     run_root = tempfile.mkdtemp(prefix="tl-loom-train-")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    config = {"model_config": model.config_dict(), "initial_state": ray.put(state), "dataset": dataset,
-              "steps": steps, "use_gpu": use_gpu, "options": options}  # fmt: skip
+    config = {"model": ray.put(model.cpu()), "dataset": dataset, "steps": steps, "use_gpu": use_gpu,
+              "options": options}  # fmt: skip
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=config,
@@ -316,7 +325,7 @@ def train_distributed(
         if result.checkpoint is None:
             raise RuntimeError("train_distributed: the workers finished without rank 0's checkpoint")
         with result.checkpoint.as_directory() as directory:
-            model.load_state_dict(LoomModel.from_pretrained(directory).state_dict(), strict=True)
+            model.load_state_dict(type(model).from_pretrained(directory).state_dict(), strict=True)
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
     model.eval()
@@ -331,10 +340,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     if not config["use_gpu"]:
         torch.set_num_threads(1)  # one core per worker: more threads only fight over it
-    saved = config["model_config"]
-    model = LoomModel(VocabularyLayout.from_dict(saved["layout"]), saved["backbone"], shared_head=saved["shared_head"],
-                      attn_implementation=saved["attn_implementation"])  # fmt: skip
-    model.load_state_dict(ray.get(config["initial_state"]), strict=True)
+    model = ray.get(config["model"])  # a LoomModel or NextScaleModel (with its attached tokenizer)
     if config["use_gpu"]:
         model.to(ray.train.torch.get_device())
     metrics = train(model, config["dataset"], config["steps"], **config["options"])

@@ -148,3 +148,38 @@ def test_bad_inputs_name_the_knob(model_and_tokenizer):
         generate_next_scale(model, MultiScaleResidualQuantizer(CODES, 4, scales=(1, 3)), [0])
     with pytest.raises(TypeError, match="image/multiscale"):
         generate_next_scale(model, object(), [0])
+
+
+def test_save_load_and_the_loss_over_packed_rows(tmp_path, model_and_tokenizer):
+    from tokenloom.generators.training import TokenShards, collate, train
+    from tokenloom.modality import batch_to_table
+
+    model, quantizer = model_and_tokenizer
+    torch.manual_seed(1)
+    ids = [torch.randint(0, CODES, (6, s * s)) for s in SCALES]
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    layout = model.layout
+    rows = [layout.pack([("label", [int(y)]), ("image", torch.cat([i[b] for i in ids]))]).ids_L for b, y in enumerate(labels)]
+    rows[5] = layout.drop_condition(rows[5], ["label"])  # a dropped condition: the label is NULL
+    ids_BL, mask_BL = collate(layout, [torch.from_numpy(r) for r in rows])
+    expected = next_scale_loss(model, ids, torch.tensor([0, 1, 2, 3, 0, -1]), quantizer)
+    torch.testing.assert_close(model.loss(ids_BL, mask_BL), expected)
+
+    model.save_pretrained(tmp_path / "ns")
+    loaded = NextScaleModel.from_pretrained(tmp_path / "ns", tokenizer=quantizer)
+    torch.testing.assert_close(loaded.loss(ids_BL, mask_BL), expected)
+    a = generate_next_scale(model, quantizer, LABELS).ids_BL
+    assert torch.equal(generate_next_scale(loaded, quantizer, LABELS).ids_BL, a)
+    with pytest.raises(RuntimeError, match="attach_tokenizer"):
+        NextScaleModel.from_pretrained(tmp_path / "ns").loss(ids_BL, mask_BL)
+
+    # training.train drives a next-scale model over token shards like a next-token one (and checkpoints it)
+    import pyarrow.parquet as pq
+
+    (tmp_path / "shards").mkdir()
+    table = batch_to_table({"label": labels.numpy(), "image_tokens": torch.cat(ids, 1).numpy().astype("int32")})
+    pq.write_table(table, tmp_path / "shards" / "part-0.parquet")
+    dataset = TokenShards(str(tmp_path / "shards"), layout, label_column="label", condition_dropout=0.2)
+    metrics = train(model, dataset, 6, batch_size=3, learning_rate=3e-3, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert metrics["steps"] == 6 and all(torch.isfinite(torch.tensor(metrics["losses"])))
+    assert NextScaleModel.from_pretrained(tmp_path / "ckpt" / "model").scales == list(SCALES)
