@@ -133,3 +133,35 @@ def captions_pipeline(src: str, out: str, name: str = "captions") -> tl.Pipeline
     s = p.add(summarise(), n, u)
     p.sink(tl.nodes.WriteParquet(path=out, batch_size=8), s)
     return p
+
+
+def tiny_generator(root) -> str:
+    """A generator folder with untrained tiny parts: 16x16 digits-like images, a 4x4 FSQ tokenizer (16 codes),
+    a 2-scale (1, 2) multi-scale tokenizer (8 codes), a next-token and a next-scale model. Milliseconds a batch."""
+    import torch
+
+    from tokenloom.generators import LoomModel, ModalityVocab, NextScaleModel, VocabularyLayout
+    from tokenloom.generators.bundle import GeneratorBundle
+    from tokenloom.tokenizers.image_multiscale import ImageMultiScaleTokenizer
+    from tokenloom.tokenizers.image_vq import ImageVQTokenizer
+
+    llama = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    torch.manual_seed(0)
+    fsq = ImageVQTokenizer(in_channels=1, downsample=4, channels=8, latent_channels=8, quantizer="fsq",
+                           quantizer_kwargs={"levels": [4, 4]})
+    scales = ImageMultiScaleTokenizer(in_channels=1, downsample=8, channels=8, latent_channels=8, codebook_size=8,
+                                      dim=4, scales=(1, 2))
+    fsq.save_pretrained(f"{root}/tokenizer")
+    scales.save_pretrained(f"{root}/tokenizer_multiscale")
+    label = ModalityVocab("label", 10, tokens_per_segment=1)
+    LoomModel(VocabularyLayout([label, ModalityVocab.from_tokenizer(fsq, shape=(4, 4))]), llama).save_pretrained(
+        f"{root}/next_token")
+    layout = VocabularyLayout([label, ModalityVocab.from_tokenizer(scales, tokens_per_segment=5)])
+    NextScaleModel.from_tokenizer(LoomModel(layout, llama), scales).save_pretrained(f"{root}/next_scale")
+    GeneratorBundle.write(root, {
+        "next_token": {"model": "next_token", "tokenizer": "tokenizer"},
+        "speculative": {"model": "next_token", "tokenizer": "tokenizer", "window": 4},
+        "next_scale": {"model": "next_scale", "tokenizer": "tokenizer_multiscale"},
+    }, defaults={"temperature": 0.0})
+    return str(root)

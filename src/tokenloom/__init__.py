@@ -8,6 +8,17 @@ from tokenloom.registry import NODES, TOKENIZERS, Registry
 
 __version__ = "0.1.0"
 
+
+def load_pipeline(path, executor="local", **options):  # noqa: ANN001, ANN003, ANN201
+    """A callable generation pipeline over a generator folder: ``tl.load_pipeline("runs/demo").generate(label=3)``.
+
+    See `tokenloom.pipelines.generation.GenerationPipeline` (imported here on first use: it loads torch).
+    """
+    from tokenloom.pipelines.generation import load_pipeline as load
+
+    return load(path, executor=executor, **options)
+
+
 __all__ = [
     "NODES",
     "TOKENIZERS",
@@ -20,6 +31,7 @@ __all__ = [
     "Resources",
     "RowError",
     "RunReport",
+    "load_pipeline",
     "node",
     "nodes",
     "read_output",

@@ -105,7 +105,7 @@ def _qualname(obj: Any) -> str:
 
 NODES = Registry("nodes", builtin_modules=(
     "tokenloom.nodes.tokenize", "tokenloom.nodes.datasets", "tokenloom.nodes.metrics", "tokenloom.nodes.decode",
-    "tokenloom.nodes.shapes",
+    "tokenloom.nodes.shapes", "tokenloom.nodes.generate",
 ))
 TOKENIZERS = Registry("tokenizers", builtin_modules=(
     "tokenloom.tokenizers.quantizers",

@@ -35,7 +35,7 @@ from tokenloom.pipelines.graph import Pipeline, PipelineError
 from tokenloom.registry import NODES
 
 _RESERVED = {"type", "inputs", "input"}
-_TOP_LEVEL = {"name", "executor", "imports", "source", "sources", "nodes", "sink", "sinks", "resume"}
+_TOP_LEVEL = {"name", "executor", "imports", "vars", "source", "sources", "nodes", "sink", "sinks", "resume"}
 
 
 def load_config(config: str | os.PathLike | Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
