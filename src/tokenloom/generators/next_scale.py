@@ -202,17 +202,21 @@ class NextScaleModel(nn.Module):
             raise ValueError(f"labels must lie in [0, {hi - lo}) for the {self.condition!r} range (or < 0 for NULL)")
         return torch.where(labels_B < 0, self.layout.null_id, labels_B + lo)
 
-    def embed(self, scale_index: int, condition_B: torch.Tensor | None, features_BlC: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, scale_index: int, condition_B: torch.Tensor, features_BlC: torch.Tensor | None) -> torch.Tensor:
         """Inputs (B, l, D) of the scales from ``scale_index`` on: the start tokens for scale 0 (then
-        ``features_BlC`` covers the scales after it), or projected features for a later scale."""
+        ``features_BlC`` covers the scales after it), or projected features for a later scale. Every input
+        also gets the condition's embedding: VAR conditions every block on the class (AdaLN); adding it to
+        every input is our lighter way to keep the class in reach of each token."""
         start = self.begin_ends[scale_index][0]
+        condition_BD = self.loom.embedding(condition_B)
         chunks = []
         if scale_index == 0:
-            chunks.append(repeat(self.loom.embedding(condition_B), "b d -> b l d", l=self.begin_ends[0][1]))
+            chunks.append(repeat(condition_BD, "b d -> b l d", l=self.begin_ends[0][1]))
         if features_BlC is not None:
             chunks.append(self.word_embed(features_BlC.to(self.word_embed.weight.dtype)))
         x_BlD = torch.cat(chunks, dim=1)
         stop = start + x_BlD.shape[1]
+        x_BlD = x_BlD + condition_BD[:, None]
         return x_BlD + self.level_embed(self.level_L[start:stop]) + self.position_embed[start:stop]
 
     def hidden(self, x_BnD: torch.Tensor, start: int, stop: int, cache: Any = None) -> torch.Tensor:
@@ -318,7 +322,7 @@ def generate_next_scale(
                 features_BlC = rearrange(next_BChw, "b c h w -> b (h w) c")
                 if cfg is not None:  # the unconditional rows continue from the same sampled scale
                     features_BlC = features_BlC.repeat(2, 1, 1)
-                inputs.append(model.embed(si + 1, None, features_BlC))
+                inputs.append(model.embed(si + 1, condition_B, features_BlC))
     finally:
         model.train(was_training)
     return NextScaleOutput(
