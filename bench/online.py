@@ -22,7 +22,10 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
+# Run as a script, this file's folder leads sys.path and bench/tokenizers.py would hide the HF `tokenizers` package.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
