@@ -183,34 +183,53 @@ class LoomModel(nn.Module):
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(self.config_dict(), f, indent=2, sort_keys=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME))
+        save_checkpoint_folder(directory, self.config_dict(), self)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, attn_implementation: str | None = None) -> LoomModel:
-        """Rebuild from a `save_pretrained` folder alone; ``attn_implementation`` overrides the saved one."""
-        from safetensors.torch import load_file
-
-        config_path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{config_path} not found: is {directory!r} a LoomModel.save_pretrained folder?")
-        with open(config_path) as f:
-            config = json.load(f)
-        if config.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{config_path} has format={config.get('format')!r}, not {MODEL_FORMAT!r}")
-        model = cls(
+    def from_config(cls, config: dict[str, Any], attn_implementation: str | None = None) -> LoomModel:
+        """A fresh model (random weights) from `config_dict` output."""
+        return cls(
             VocabularyLayout.from_dict(config["layout"]),
             config["backbone"],
             shared_head=config["shared_head"],
             attn_implementation=attn_implementation or config["attn_implementation"],
         )
-        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)), strict=True)
-        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, attn_implementation: str | None = None) -> LoomModel:
+        """Rebuild from a `save_pretrained` folder alone; ``attn_implementation`` overrides the saved one."""
+        model = cls.from_config(read_checkpoint_config(directory, MODEL_FORMAT), attn_implementation)
+        return load_checkpoint_weights(model, directory).eval()
+
+
+# -- checkpoint folders: config.json + model.safetensors (never pickle), shared by the generator models ---------
+def save_checkpoint_folder(directory: str | os.PathLike, config: dict[str, Any], module: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, os.path.join(directory, WEIGHTS_NAME))
+
+
+def read_checkpoint_config(directory: str | os.PathLike, expected_format: str) -> dict[str, Any]:
+    config_path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: is {os.fspath(directory)!r} a save_pretrained folder?")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("format") != expected_format:
+        raise ValueError(f"{config_path} has format={config.get('format')!r}, not {expected_format!r}")
+    return config
+
+
+def load_checkpoint_weights(module: nn.Module, directory: str | os.PathLike) -> Any:
+    """Load model.safetensors into ``module`` (strict) and return it."""
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)), strict=True)
+    return module
 
 
 def _build_backbone(backbone: Any, layout: VocabularyLayout, attn_implementation: str) -> nn.Module:

@@ -28,7 +28,6 @@ scale to ``scale`` at the last (VAR's ``cfg=c`` is our ``CFG(1 + c, schedule="li
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from tokenloom.generators.layout import VocabularyLayout
-from tokenloom.generators.model import CONFIG_NAME, WEIGHTS_NAME, LoomModel
+from tokenloom.generators.model import LoomModel, load_checkpoint_weights, read_checkpoint_config, save_checkpoint_folder
 from tokenloom.generators.sampling import CFG, Greedy, Sampler
 
 MODEL_FORMAT = "tokenloom/next-scale-model"
@@ -159,31 +158,15 @@ class NextScaleModel(nn.Module):
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(self.config_dict(), f, indent=2, sort_keys=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME))
+        save_checkpoint_folder(directory, self.config_dict(), self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, tokenizer: Any = None) -> NextScaleModel:
         """Rebuild from a `save_pretrained` folder; ``tokenizer`` (optional) is attached for `loss`."""
-        from safetensors.torch import load_file
-
-        config_path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{config_path} not found: is {directory!r} a NextScaleModel.save_pretrained folder?")
-        with open(config_path) as f:
-            config = json.load(f)
-        if config.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{config_path} has format={config.get('format')!r}, not {MODEL_FORMAT!r}")
-        loom_config = config["loom"]
-        loom = LoomModel(VocabularyLayout.from_dict(loom_config["layout"]), loom_config["backbone"],
-                         shared_head=loom_config["shared_head"], attn_implementation=loom_config["attn_implementation"])
+        config = read_checkpoint_config(directory, MODEL_FORMAT)
+        loom = LoomModel.from_config(config["loom"])
         model = cls(loom, config["scales"], config["feature_dim"], modality=config["modality"], condition=config["condition"])
-        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)), strict=True)
+        load_checkpoint_weights(model, directory)
         if tokenizer is not None:
             model.attach_tokenizer(tokenizer)
         return model.eval()
