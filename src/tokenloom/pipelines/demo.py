@@ -204,6 +204,8 @@ def _write_report(root: Path, figures: dict[str, Any]) -> None:
             lines.append(f"| {title} | {100 * g['accuracy']:.1f}% | {g['images_per_second']} | {g['forward_passes']} "
                          f"| {g['tokens_per_image']} |")
         lines += [""]
+        lines += ["One row per class: real digits, then next-token + CFG, then next-scale + CFG:", "",
+                  f"![generated]({generation['picture']})", ""]
         for title, g in generation["strategies"].items():
             lines += [f"{title} (one row per class, 0 to 9):", "", f"![{title}]({g['picture']})", ""]
     (root / "report.md").write_text("\n".join(lines))

@@ -163,6 +163,7 @@ def evaluate_generation(root: Path, fast: bool, executor: str) -> dict[str, Any]
     judge = digit_judge()
     logger.info("[5/6] generating %d digits per strategy (%s executor)", len(requested), executor)
     figures: dict[str, Any] = {}
+    grids: dict[str, np.ndarray] = {}
     with load_pipeline(root, executor=executor) as gen:
         gen.generate(label=[0, 1], strategy="next_token")  # load the models before timing
         gen.generate(label=[0, 1], strategy="next_scale")
@@ -173,6 +174,7 @@ def evaluate_generation(root: Path, fast: bool, executor: str) -> dict[str, Any]
             accuracy = float((judge(out.images) == requested).mean())
             file = f"generated_{strategy}{'_cfg' if cfg else ''}.png"
             cells = out.images[..., 0].reshape(10, per_class, *out.images.shape[1:3])
+            grids[title] = cells
             grid = image_grid([list(row[:10]) for row in cells])
             Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(root / file)
             figures[title] = {"strategy": strategy, "cfg": cfg, "accuracy": round(accuracy, 3), "images": len(requested),
@@ -181,4 +183,21 @@ def evaluate_generation(root: Path, fast: bool, executor: str) -> dict[str, Any]
                               "picture": file}  # fmt: skip
             logger.info("%s: accuracy %.3f, %.1f images/s, %d forward passes", title, accuracy,
                         len(requested) / seconds, out.forward_passes)  # fmt: skip
-    return {"per_class": per_class, "strategies": figures}
+    _side_by_side(root / "generated.png", grids)
+    return {"per_class": per_class, "strategies": figures, "picture": "generated.png"}
+
+
+def _side_by_side(path: Path, grids: dict[str, np.ndarray], n: int = 6) -> None:
+    """One row per class: real digits, then next-token + CFG, then next-scale + CFG (n of each)."""
+    from PIL import Image
+
+    from tokenloom.nodes.datasets import load_digits_images
+    from tokenloom.pipelines.demo import image_grid
+
+    images, labels = load_digits_images(16)
+    real = [images[np.flatnonzero(labels == d)[:n], :, :, 0] for d in range(10)]
+    blank = np.full((16, 16), 96, dtype=np.uint8)  # an empty cell between the groups
+    rows = [list(real[d]) + [blank] + list(grids["next-token + CFG"][d][:n]) + [blank]
+            + list(grids["next-scale + CFG"][d][:n]) for d in range(10)]  # fmt: skip
+    grid = image_grid(rows)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
