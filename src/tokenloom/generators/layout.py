@@ -74,7 +74,8 @@ class ModalityVocab:
 
 
 class GrammarState(NamedTuple):
-    """Where a prefix stands: the open segment's modality (-1 none), codes seen in it, whether EOS was seen."""
+    """Where a prefix stands: the open segment's modality (-1 none), codes seen in it (-1: it held NULL),
+    whether EOS was seen."""
 
     open: int = SPECIAL
     count: int = 0
@@ -177,6 +178,8 @@ class VocabularyLayout:
             return GrammarState(begin, 0) if begin != SPECIAL else state
         if self.end_of_id[token] == state.open:
             return GrammarState()
+        if token == self.null_id:  # a dropped condition: the segment holds only NULL, its end comes next
+            return GrammarState(state.open, -1)
         return GrammarState(state.open, state.count + 1)
 
     def next_action(self, state: GrammarState) -> tuple[int | None, int]:
@@ -186,7 +189,7 @@ class VocabularyLayout:
         if state.open == SPECIAL:
             return None, SPECIAL
         fixed = self.modalities[state.open].tokens_per_segment
-        if fixed is not None and state.count >= fixed:
+        if state.count < 0 or (fixed is not None and state.count >= fixed):
             return self.end_id(state.open), SPECIAL
         return None, state.open
 

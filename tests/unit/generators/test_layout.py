@@ -194,3 +194,20 @@ def test_a_modality_from_a_registered_tokenizer():
     ids = ByteTokenizer().tokenize("hi")
     (segment,) = layout.unpack(layout.pack([("text", ids)]).ids_L)
     assert ByteTokenizer().decode_tokens(segment.ids) == "hi"
+
+
+def test_a_dropped_multi_code_segment_forces_its_end_and_keeps_the_loss_finite():
+    from tests.unit.generators.conftest import TINY_LLAMA
+    from tokenloom.generators import LoomModel
+
+    layout = VocabularyLayout([ModalityVocab("label", 10, tokens_per_segment=1), ModalityVocab("image", 16, shape=(2, 2)),
+                               ModalityVocab("text", 8)])  # fmt: skip
+    ids = layout.pack([("image", np.zeros((2, 2), int)), ("text", [1, 2]), ("label", [3])]).ids_L
+    dropped = layout.drop_condition(ids, ["image", "text"])
+    assert layout.describe(dropped).startswith("<bos> <begin:image> <null> <end:image> <begin:text> <null> <end:text>")
+    # after <null> the grammar forces the end token (-2: not scored), for fixed and variable lengths alike
+    assert layout.speakers(dropped, forced=-2)[[2, 5]].tolist() == [-2, -2]
+    torch.manual_seed(0)
+    model = LoomModel(layout, TINY_LLAMA)
+    loss = model.next_token_loss(torch.from_numpy(dropped)[None])
+    assert torch.isfinite(loss)
