@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +146,31 @@ class LoomModel(nn.Module):
                 rows_NV[:, lo:hi] = self.heads[self.layout.names[speaker]](hidden_ND).float()
             logits_BLV[where_BL] = rows_NV
         return logits_BLV.masked_fill(~allowed_BLV, float("-inf"))
+
+    def logits_for_speaker(
+        self, hidden_ND: torch.Tensor, speaker: int, linear: Callable[..., torch.Tensor] = F.linear
+    ) -> torch.Tensor:
+        """`logits_for` when one head speaks for every row (a decoding step's usual case): logits_NV, the same
+        values in a handful of ops (no per-speaker gather and scatter).
+
+        linear: ``(x, weight, bias) -> x @ weight.T + bias`` for Linear heads (the fast decoding path passes its
+            own kernel); any other head module is called as it is.
+        """
+
+        def run(head: nn.Module) -> torch.Tensor:
+            return linear(hidden_ND, head.weight, head.bias) if type(head) is nn.Linear else head(hidden_ND)
+
+        speaker = max(int(speaker), -1)
+        blocked_V = ~self.allowed_table[speaker + 1]
+        if self.shared_head:
+            return run(self.head).float().masked_fill_(blocked_V, float("-inf"))
+        logits_NV = hidden_ND.new_full((hidden_ND.shape[0], self.layout.vocab_size), float("-inf"), dtype=torch.float)
+        if speaker == -1 or self.layout.modalities[speaker].tokens_per_segment is None:
+            logits_NV[:, : self.layout.num_specials] = run(self.special_head)
+        if speaker >= 0:
+            lo, hi = self.layout.range(speaker)
+            logits_NV[:, lo:hi] = run(self.heads[self.layout.names[speaker]])
+        return logits_NV.masked_fill_(blocked_V, float("-inf"))
 
     def speakers(self, ids_BL: torch.Tensor) -> torch.Tensor:
         """(B, L) the head that predicts token t + 1 from position t (-2 where the grammar forces it)."""

@@ -113,3 +113,13 @@ def test_tiny_class_conditional_model_follows_its_label():
         images = [segments[-1].ids for segments in out.segments()]
         assert [image.tolist() for image in images] == [[[k, k], [k, k]] for k in range(4)], loss.item()
     assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("shared_head", [False, True])
+def test_logits_for_one_speaker_equal_logits_for(layout, shared_head):
+    """The decoding step's shortcut (one head speaks for every row) gives `logits_for`'s values exactly."""
+    model = tiny_model(layout, shared_head=shared_head)
+    hidden_ND = torch.randn(5, TINY_LLAMA["hidden_size"])
+    for speaker in [-2, -1, *range(len(layout.modalities))]:
+        want_NV = model.logits_for(hidden_ND[:, None], torch.full((5, 1), speaker))[:, 0]
+        assert torch.equal(model.logits_for_speaker(hidden_ND, speaker), want_NV)
