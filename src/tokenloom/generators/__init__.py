@@ -9,8 +9,18 @@ out.segments()  # per row: [Segment("label", [3]), Segment("image", 4x4 local id
 from tokenloom.generators.decoding import DecodingState, DecodingStrategy, GenerationOutput, NextToken, generate
 from tokenloom.generators.layout import SPECIAL, GrammarState, ModalityVocab, VocabularyLayout
 from tokenloom.generators.model import LoomModel, LoomOutput
-from tokenloom.generators.packing import PackedBatch, PackedSequence, Segment
 from tokenloom.generators.next_scale import NextScaleModel, NextScaleOutput, generate_next_scale, next_scale_loss
+from tokenloom.generators.packing import PackedBatch, PackedSequence, Segment
+from tokenloom.generators.parallel import (
+    ParallelDecoding,
+    ParallelModel,
+    ParallelState,
+    generate_par,
+    par_loss,
+    par_order,
+    par_to_raster,
+    raster_to_par,
+)
 from tokenloom.generators.sampling import CFG, Greedy, LogitsProcessor, Sampler, Temperature, TopK, TopP
 from tokenloom.generators.speculative import Lantern, SpeculativeJacobi
 from tokenloom.generators.training import TokenShards, train, train_distributed
@@ -31,6 +41,9 @@ __all__ = [
     "NextScaleModel",
     "NextScaleOutput",
     "NextToken",
+    "ParallelDecoding",
+    "ParallelModel",
+    "ParallelState",
     "PackedBatch",
     "PackedSequence",
     "Sampler",
@@ -43,7 +56,12 @@ __all__ = [
     "VocabularyLayout",
     "generate",
     "generate_next_scale",
+    "generate_par",
     "next_scale_loss",
+    "par_loss",
+    "par_order",
+    "par_to_raster",
+    "raster_to_par",
     "train",
     "train_distributed",
 ]
