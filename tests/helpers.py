@@ -6,10 +6,10 @@ import os
 import time
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import fsspec
 
 import tokenloom as tl
 from tokenloom.registry import NODES

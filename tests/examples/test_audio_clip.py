@@ -1,6 +1,5 @@
 """examples/audio_clip.py runs with small settings and its figures are in range."""
 
-import pytest
 
 from tests.examples.helpers import load_example
 

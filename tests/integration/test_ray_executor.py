@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 
 import tokenloom as tl
-from tokenloom.nodes.base import Resources
-from tokenloom.pipelines.cli import main
-from tokenloom.pipelines.graph import ClusterSpec
 from tests.helpers import GpuProbe, RejectBad, captions_pipeline, write_captions
 from tests.unit.pipelines.test_config import YAML
 from tests.unit.pipelines.test_kill_resume import run_killed_then_resumed
+from tokenloom.nodes.base import Resources
+from tokenloom.pipelines.cli import main
+from tokenloom.pipelines.graph import ClusterSpec
 
 
 def _table(path, errors=False):

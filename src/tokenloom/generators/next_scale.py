@@ -40,7 +40,12 @@ from einops import rearrange, repeat
 from torch import nn
 
 from tokenloom.generators.layout import VocabularyLayout
-from tokenloom.generators.model import LoomModel, load_checkpoint_weights, read_checkpoint_config, save_checkpoint_folder
+from tokenloom.generators.model import (
+    LoomModel,
+    load_checkpoint_weights,
+    read_checkpoint_config,
+    save_checkpoint_folder,
+)
 from tokenloom.generators.sampling import CFG, Greedy, Sampler
 
 MODEL_FORMAT = "tokenloom/next-scale-model"

@@ -13,7 +13,13 @@ from tokenloom.modality import Batch, batch_len, concat, with_error_columns
 from tokenloom.nodes.io import Source
 from tokenloom.nodes.sinks import Sink
 from tokenloom.pipelines.executors import (
-    SinkTarget, drop_rows, join_on_row_id, new_report, open_sinks, record, skip_set,
+    SinkTarget,
+    drop_rows,
+    join_on_row_id,
+    new_report,
+    open_sinks,
+    record,
+    skip_set,
 )
 from tokenloom.pipelines.graph import ClusterSpec, Pipeline, Plan
 from tokenloom.pipelines.progress import Progress

@@ -29,7 +29,7 @@ import numpy as np
 
 from tokenloom.modality import Batch, batch_len, with_error_columns
 from tokenloom.nodes.base import Node
-from tokenloom.nodes.io import Fragment, Source
+from tokenloom.nodes.io import Source
 from tokenloom.pipelines.executors import SinkTarget, drop_rows, new_report, open_sinks, record, skip_set
 from tokenloom.pipelines.graph import ClusterSpec, Pipeline, Plan, Step
 from tokenloom.pipelines.progress import Progress

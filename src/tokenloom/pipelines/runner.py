@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokenloom.modality import (
-    ERROR, ERROR_FIELD, ERROR_NODE, ROW_ID, Batch, as_column, batch_len, empty_like, take, with_error_columns,
+    ERROR,
+    ERROR_FIELD,
+    ERROR_NODE,
+    ROW_ID,
+    Batch,
+    as_column,
+    batch_len,
+    empty_like,
+    take,
+    with_error_columns,
 )
 from tokenloom.nodes.base import Node, RowError
 

@@ -3,9 +3,9 @@ import textwrap
 import pytest
 
 import tokenloom as tl
+from tests.helpers import write_captions
 from tokenloom.pipelines.cli import main
 from tokenloom.pipelines.config import pipeline_from_config
-from tests.helpers import write_captions
 
 YAML = """
 name: yaml-captions

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import tokenloom as tl
+from tests.helpers import CountChars, captions_pipeline, upper, write_captions
 from tokenloom.nodes.base import Node, Resources
 from tokenloom.pipelines.graph import ClusterSpec
-from tests.helpers import CountChars, captions_pipeline, upper, write_captions
 
 
 @pytest.fixture()

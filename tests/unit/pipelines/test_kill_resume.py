@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import tokenloom as tl
-from tokenloom.pipelines.config import pipeline_from_config
 from tests.helpers import write_captions
+from tokenloom.pipelines.config import pipeline_from_config
 
 ROOT = Path(__file__).resolve().parents[3]
 
