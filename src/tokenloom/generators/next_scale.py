@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from tokenloom.generators.fast_llama import fast_path
 from tokenloom.generators.layout import VocabularyLayout
 from tokenloom.generators.model import (
     LoomModel,
@@ -271,12 +272,15 @@ def generate_next_scale(
     sampler: Sampler | None = None,
     cfg: CFG | None = None,
     use_cache: bool = True,
+    backend: str = "auto",
 ) -> NextScaleOutput:
     """Sample one image per label, a whole scale per forward pass (``forward_passes == len(scales)``).
 
     labels: (B,) class ids (< 0: unconditional). sampler: defaults to greedy, applied to each token of a scale.
     cfg: guidance with the unconditional (NULL) rows in the same batch; step = the scale index.
     use_cache: False recomputes the whole prefix at each scale (block-causal mask, same result).
+    backend: "auto" runs a supported Llama backbone through `FastLlama` (a scale's chunk attends to the cache
+        and to itself both ways: the block-causal rule), "hf" through HF's forward and ``DynamicCache``.
     """
     quantizer = _quantizer(tokenizer)
     if list(quantizer.scales) != model.scales:
@@ -290,7 +294,11 @@ def generate_next_scale(
         B = condition_B.shape[0]
         if cfg is not None:
             condition_B = torch.cat([condition_B, torch.full_like(condition_B, model.layout.null_id)])
-        cache = _new_cache(model.loom) if use_cache else None
+        fast = fast_path(model.loom, backend) if use_cache else None
+        if fast is not None:
+            cache: Any = fast.new_cache(condition_B.shape[0], model.begin_ends[-1][1])
+        else:
+            cache = _new_cache(model.loom) if use_cache else None
         S, size = len(model.scales), model.scales[-1]
         f_hat_BChw = torch.zeros(B, quantizer.dim, size, size, device=model.device)
         inputs = [model.embed(0, condition_B, None)]  # per scale: (B or 2B, s*s, D)
@@ -298,7 +306,11 @@ def generate_next_scale(
         passes = 0
         for si, (start, stop) in enumerate(model.begin_ends):
             x_BnD = inputs[-1] if use_cache else torch.cat(inputs, dim=1)
-            hidden_BlD = model.hidden(x_BnD, start if use_cache else 0, stop, cache)[:, start - stop :]
+            if fast is not None:
+                positions_Bn = torch.arange(start, stop, device=x_BnD.device).expand(x_BnD.shape[0], -1)
+                hidden_BlD = fast(None, cache, start, None, positions_Bn, inputs_embeds_BLD=x_BnD, causal=False)
+            else:
+                hidden_BlD = model.hidden(x_BnD, start if use_cache else 0, stop, cache)[:, start - stop :]
             passes += 1
             logits_BlV = model.image_logits(hidden_BlD)
             if cfg is not None:

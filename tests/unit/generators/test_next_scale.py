@@ -71,7 +71,7 @@ def test_exactly_one_forward_per_scale(scales):
     calls = []
     handle = model.loom.backbone.register_forward_hook(lambda *_: calls.append(1))
     try:
-        out = generate_next_scale(model, tokenizer, [1, 2], cfg=CFG(2.0, schedule="linear"))
+        out = generate_next_scale(model, tokenizer, [1, 2], cfg=CFG(2.0, schedule="linear"), backend="hf")
     finally:
         handle.remove()
     assert out.forward_passes == len(calls) == len(scales)
@@ -183,3 +183,17 @@ def test_save_load_and_the_loss_over_packed_rows(tmp_path, model_and_tokenizer):
     metrics = train(model, dataset, 6, batch_size=3, learning_rate=3e-3, checkpoint_dir=str(tmp_path / "ckpt"))
     assert metrics["steps"] == 6 and all(torch.isfinite(torch.tensor(metrics["losses"])))
     assert NextScaleModel.from_pretrained(tmp_path / "ckpt" / "model").scales == list(SCALES)
+
+
+@pytest.mark.parametrize("cfg", [None, CFG(2.0, schedule="linear")])
+def test_the_fast_path_gives_the_hf_path_ids(model_and_tokenizer, cfg, monkeypatch):
+    from tokenloom.generators.fast_llama import FastLlama
+
+    model, quantizer = model_and_tokenizer
+    hf = generate_next_scale(model, quantizer, LABELS, cfg=cfg, backend="hf")
+    calls, call = [], FastLlama.__call__
+    monkeypatch.setattr(FastLlama, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    fast = generate_next_scale(model, quantizer, LABELS, cfg=cfg, backend="fast")
+    assert fast.forward_passes == hf.forward_passes == len(calls) == len(SCALES)
+    assert torch.equal(fast.ids_BL, hf.ids_BL)
+    torch.testing.assert_close(fast.f_hat_BChw, hf.f_hat_BChw)
