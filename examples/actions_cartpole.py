@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from tokenloom.generators import LoomModel, ModalityVocab, PackedSequence, VocabularyLayout, generate
+from tokenloom.generators.training import train_in_memory
 from tokenloom.tokenizers.actions_bins import ActionBins
 from tokenloom.tokenizers.actions_fast import FASTTokenizer
 
@@ -113,24 +114,9 @@ def train_policy(
     model: LoomModel, windows: list[PackedSequence], steps: int, batch_size: int, learning_rate: float, seed: int
 ) -> list[float]:
     """AdamW on random batches of windows, linear warmup then cosine decay; returns the losses."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + np.cos(np.pi * step / steps))
-    )
     rng = np.random.default_rng(seed)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        rows = [windows[i] for i in rng.integers(len(windows), size=batch_size)]
-        batch = model.layout.pack_batch(rows, padding_side="right")
-        loss = model.next_token_loss(batch.ids_BL, batch.attention_mask_BL)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    return losses
+    return train_in_memory(model, lambda step: [windows[i] for i in rng.integers(len(windows), size=batch_size)],
+                           steps, learning_rate=learning_rate, warmup_steps=max(1, steps // 10), min_lr_ratio=0.0)
 
 
 class TokenPolicy:

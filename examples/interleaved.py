@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from tokenloom.generators import (
     VocabularyLayout,
     generate,
 )
+from tokenloom.generators.training import train_in_memory
 from tokenloom.nodes.datasets import load_digits_images
 from tokenloom.registry import TOKENIZERS
 from tokenloom.tokenizers.timeseries_bins import ChronosBins
@@ -182,22 +182,9 @@ def train_model(
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     model = LoomModel(layout, BACKBONE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    warmup = max(args.steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-    )
-    losses = []
-    for _ in range(args.steps):
-        records = random_batch(layout, labels_N, image_ids_N, bins, args, rng)
-        batch = layout.pack_batch(records, padding_side="right")  # (B, L); a blanked label makes a row shorter
-        loss = model.next_token_loss(batch.ids_BL, batch.attention_mask_BL)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+    losses = train_in_memory(model, lambda step: random_batch(layout, labels_N, image_ids_N, bins, args, rng),
+                             args.steps, learning_rate=args.learning_rate, warmup_steps=max(args.steps // 20, 1),
+                             min_lr_ratio=0.0)  # fmt: skip
     return model.eval(), losses
 
 

@@ -46,6 +46,7 @@ from tokenloom.generators import (
     VocabularyLayout,
     generate,
 )
+from tokenloom.generators.training import train_in_memory
 from tokenloom.tokenizers.octree import OctreeTokenizer, voxelize_mesh, voxels_to_mesh, write_mesh
 
 CLASSES = ("sphere", "box", "torus")
@@ -180,24 +181,10 @@ def train_model(
     torch.manual_seed(args.seed)
     longest = max(len(r.ids_L) for r in records)
     model = LoomModel(layout, {**BACKBONE, "max_position_embeddings": 2 * longest})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    warmup = max(args.steps // 10, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps))
-    )
     rng = np.random.default_rng(args.seed)
-    losses = []
-    model.train()
-    for _ in range(args.steps):
-        batch = layout.pack_batch([records[i] for i in rng.integers(len(records), size=args.batch_size)],
-                                  padding_side="right")  # fmt: skip
-        loss = model.next_token_loss(batch.ids_BL, batch.attention_mask_BL)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+    losses = train_in_memory(model, lambda step: [records[i] for i in rng.integers(len(records), size=args.batch_size)],
+                             args.steps, learning_rate=args.learning_rate, warmup_steps=max(args.steps // 10, 1),
+                             min_lr_ratio=0.0)  # fmt: skip
     return model.eval(), losses
 
 

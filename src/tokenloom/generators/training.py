@@ -196,10 +196,7 @@ def train(
         raise ValueError(f"train needs steps and batch_size >= 1, got {steps}, {batch_size}")
     started = time.perf_counter()
     device = next(model.parameters()).device
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]  # norms: no weight decay
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
+    optimizer = adamw(model, learning_rate, weight_decay)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "losses": []}
     if checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, STATE_NAME)):
         state = load_checkpoint(checkpoint_dir, model, optimizer)
@@ -234,6 +231,38 @@ def train(
         save_checkpoint(checkpoint_dir, model, optimizer, state)
     model.eval()
     return {"losses": losses, "steps": state["step"], "start_step": start_step, "seconds": time.perf_counter() - started}
+
+
+def train_in_memory(
+    model: Trainable,
+    sample_batch: Callable[[int], Sequence[Any]],
+    steps: int,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    grad_clip: float | None = 1.0,
+) -> list[float]:
+    """`train`'s optimizer, schedule and step over batches made in memory: ``sample_batch(step)`` returns the
+    records (or `PackedSequence`s) of one batch, packed here with right padding. Returns the losses."""
+    optimizer = adamw(model, learning_rate, weight_decay)
+    device = next(model.parameters()).device
+    losses = []
+    model.train()
+    for step in range(steps):
+        batch = model.layout.pack_batch(sample_batch(step), padding_side="right")
+        lr = cosine_lr(step, steps, learning_rate, warmup_steps, min_lr_ratio)
+        losses.append(_step(model, optimizer, batch.ids_BL.to(device), batch.attention_mask_BL.to(device), grad_clip, lr))
+    model.eval()
+    return losses
+
+
+def adamw(model: Trainable, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate)
 
 
 def _step(model: Trainable, optimizer: torch.optim.Optimizer, ids_BL: torch.Tensor, mask_BL: torch.Tensor,
