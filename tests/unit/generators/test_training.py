@@ -167,7 +167,6 @@ def test_generated_digits_are_recognised_as_the_requested_class(tmp_path):
     print(result)
     assert result["reconstruction_accuracy"] > 0.95
     assert result["accuracy"] >= 0.9
-    assert result["total_seconds"] < 600
 
 
 if __name__ == "__main__":  # python tests/unit/generators/test_training.py [steps [threads]]: the figures
