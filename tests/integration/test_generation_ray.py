@@ -42,3 +42,18 @@ def test_ray_generation_equals_in_process_and_batches_callers(tmp_path):
     while any(alive(a) for a in actors) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(alive(a) for a in actors)  # closed: the actors are gone
+
+
+def test_a_model_step_with_a_fraction_of_a_gpu_gets_one_and_targets_cuda(tmp_path):
+    """On the session's Ray (2 pretend GPUs): placement only, the models load on the first batch."""
+    from tokenloom.pipelines.generation_ray import RayGeneration
+
+    folder = tiny_generator(tmp_path / "generator")
+    generation = RayGeneration(folder, resources={"model": {"num_cpus": 0, "num_gpus": 0.5}, "decode": {"num_cpus": 0}})
+    try:
+        placement = generation.placement
+        assert placement["model"]["device"] == "cuda" and len(placement["model"]["gpus"]) == 1
+        assert placement["pack"]["device"] == placement["decode"]["device"] == "cpu"
+        assert placement["pack"]["gpus"] == placement["decode"]["gpus"] == []
+    finally:
+        generation.close()

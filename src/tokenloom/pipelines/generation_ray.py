@@ -32,8 +32,11 @@ class _Step:
         self.step = step
         self.bundle = GeneratorBundle.load(path, device="cuda" if num_gpus > 0 else "cpu")
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> dict[str, Any]:
+        """Where this step runs: its device and the GPUs Ray gave it (models load on the first batch)."""
+        import ray
+
+        return {"step": self.step, "device": str(self.bundle.device), "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, value: Any) -> Any:
         if self.step == "pack":
@@ -64,7 +67,7 @@ class RayGeneration:
         for step, options in steps.items():
             cpus, gpus = float(options.get("num_cpus", 0)), float(options.get("num_gpus", 0))
             self.actors[step] = actor.options(**options, name=None).remote(path, step, cpus, gpus)
-        ray.get([a.ready.remote() for a in self.actors.values()])
+        self.placement = dict(zip(self.actors, ray.get([a.ready.remote() for a in self.actors.values()])))
         with InputNode() as request:
             packed = self.actors["pack"].run.bind(request)
             generated = self.actors["model"].run.bind(packed)
